@@ -14,7 +14,8 @@ def test_cli_trains_and_evaluates_on_drive(real_data, tmp_path):
     assert metrics["dataset"] == "drive"
     assert "observer 1" in metrics["protocol"]["description"]
     ids = [row["id"] for row in metrics["per_image"]]
-    assert ids[0] == "drive/01_test" and ids[-1] == "drive/20_test"
+    assert ids[0] == "drive/01_test"
+    assert ids[-1] == "drive/20_test"
     assert 0.5 < metrics["summary"]["specificity"]["mean"] <= 1.0
 
 
@@ -31,7 +32,7 @@ def test_evaluate_second_observer_on_drive(real_data, tmp_path):
     assert metrics["n_images"] == 20
 
 
-def test_chase_db1_training_split_has_twenty_images(real_data, tmp_path):
+def test_chase_db1_test_split_has_eight(real_data, tmp_path):
     output = tmp_path / "chase"
     result = run_cli("train", "--dataset", "chase_db1", "--data-root", str(real_data / "CHASE_DB1"), "--iterations", "2",
                      "--val-count", "0", "--output", str(output), "--save-images", "false", *TINY_TRAIN_ARGS)

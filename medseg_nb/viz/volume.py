@@ -20,7 +20,7 @@ from medseg_nb.viz.core import (
 )
 
 # %% auto #0
-__all__ = ['logger', 'WINDOW_PRESETS', 'AXES', 'load_nrrd_volume', 'window_range', 'volume_slice', 'volume_view']
+__all__ = ['logger', 'AXES', 'load_nrrd_volume', 'volume_slice', 'volume_view']
 
 # %% ../../nbs/22_viz_volume.ipynb #62c10b03
 logger = logging.getLogger(__name__)
@@ -47,30 +47,7 @@ def load_nrrd_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, 
     return volume, (float(spacing_xyz[1]), float(spacing_xyz[0]), float(spacing_xyz[2]))
 
 # %% ../../nbs/22_viz_volume.ipynb #f93bc65d
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {  # name: (width, level) in HU
-    "lung": (1500.0, -600.0),
-    "mediastinum": (350.0, 50.0),
-    "soft tissue": (350.0, 50.0),
-    "bone": (2000.0, 500.0),
-}
-
-
-def window_range(window: str | tuple[float, float], volume: np.ndarray | None = None) -> tuple[float, float]:
-    "Return the `(low, high)` HU range of a preset name, `'full'` (needs `volume`) or a `(width, level)` pair."
-    if isinstance(window, str):
-        if window == "full":
-            if volume is None:
-                raise ValueError("window 'full' needs the volume to compute its percentiles")
-            low, high = np.percentile(volume, [0.5, 99.5])
-            return float(low), float(max(high, low + 1))
-        if window not in WINDOW_PRESETS:
-            raise ValueError(f"unknown window {window!r}: use one of {sorted(WINDOW_PRESETS) + ['full']} or (width, level)")
-        width, level = WINDOW_PRESETS[window]
-    else:
-        width, level = window
-        if width <= 0:
-            raise ValueError(f"window width must be positive, got {width}")
-    return level - width / 2, level + width / 2
+from ..ct.preprocessing import WINDOW_PRESETS, window_range
 
 # %% ../../nbs/22_viz_volume.ipynb #6f733522
 AXES = ("axial", "coronal", "sagittal")
