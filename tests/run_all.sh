@@ -6,25 +6,26 @@ cd "$(dirname "$0")/.."
 
 fingerprint() { find "$@" -type f \( -name '*.py' -o -name '*.ipynb' \) -not -path '*/.ipynb_checkpoints/*' -print0 | sort -z | xargs -0 sha256sum; }
 
+# Run a command that must not change a folder; fail with the fix when it does.
+check_unchanged() {
+  local folder=$1 fix=$2
+  shift 2
+  local before after
+  before=$(fingerprint "$folder")
+  "$@"
+  after=$(fingerprint "$folder")
+  if [ "$before" != "$after" ]; then
+    diff <(echo "$before") <(echo "$after") || true
+    echo "$fix" >&2
+    exit 1
+  fi
+}
+
 echo "== nbdev_export leaves medseg_nb/ unchanged"
-before=$(fingerprint medseg_nb)
-nbdev_export
-after=$(fingerprint medseg_nb)
-if [ "$before" != "$after" ]; then
-  diff <(echo "$before") <(echo "$after") || true
-  echo "medseg_nb/ differs from the notebooks: run nbdev_export and commit both" >&2
-  exit 1
-fi
+check_unchanged medseg_nb "medseg_nb/ differs from the notebooks: run nbdev_export and commit both" nbdev_export
 
 echo "== nbdev_clean leaves nbs/ unchanged"
-before=$(fingerprint nbs)
-nbdev_clean
-after=$(fingerprint nbs)
-if [ "$before" != "$after" ]; then
-  diff <(echo "$before") <(echo "$after") || true
-  echo "some notebooks were not clean: run nbdev_clean and commit the result" >&2
-  exit 1
-fi
+check_unchanged nbs "some notebooks were not clean: run nbdev_clean and commit the result" nbdev_clean
 
 echo "== README.md matches nbs/index.ipynb"
 python tests/make_readme.py --check
