@@ -108,9 +108,9 @@ def as_mask_2d(mask: Any, shape: tuple[int, int], name: str = "mask") -> np.ndar
         )
     check_finite(array.astype(np.float64) if array.dtype == np.float16 else array, name)
     if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
-        raise ValueError(f"{name} holds non-integer values: threshold probabilities first, e.g. ({name} > 0.5)")
+        raise ValueError(f"{name} contains non-integer values: threshold probabilities first, e.g. ({name} > 0.5)")
     if array.min() < 0:
-        raise ValueError(f"{name} holds negative labels (min {array.min()}): labels must be 0 (background) or positive")
+        raise ValueError(f"{name} contains negative labels (min {array.min()}): labels must be 0 (background) or positive")
     return array.astype(np.int64)
 
 

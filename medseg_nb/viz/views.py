@@ -413,7 +413,7 @@ def gallery_view(
     """Show a grid of images (N, H, W), (N, H, W, 3), (N, C, H, W) or a list of 2-D images.
 
     `labels[i]` is a scalar (class, domain, score; shown in the title) or an (H, W) mask (drawn as a contour).
-    Each tile is decimated to at most `max_side` pixels per side (default 128); one page holds `per_page` images.
+    Each tile is decimated to at most `max_side` pixels per side (default 128); one page shows `per_page` images.
     Live, a page slider browses the pages; static, the first page is shown and the title gives the range.
     """
     images = _as_image_list(images)

@@ -37,7 +37,7 @@ def load_nrrd_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, 
         raise ImportError("reading NRRD needs pynrrd: pip install pynrrd") from error
     data, header = nrrd.read(str(path))
     if data.ndim != 3:
-        raise ValueError(f"{path.name} holds a {data.ndim}-D array {data.shape}; load_nrrd_volume reads 3-D volumes")
+        raise ValueError(f"{path.name} contains a {data.ndim}-D array {data.shape}, but load_nrrd_volume reads only 3-D volumes")
     directions = header.get("space directions")
     if directions is None:
         spacing_xyz = np.asarray(header.get("spacings", [1.0, 1.0, 1.0]), dtype=float)
