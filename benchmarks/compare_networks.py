@@ -1,0 +1,96 @@
+"""Compare the U-Net baseline with the lab's three vessel networks (SMAN, RSGN, joint) under one budget.
+
+Every arm trains with the same settings (iterations, patch size, batch, learning-rate schedule, seed, patches drawn
+in the same order) through ``medseg_nb.compare.compare_runs`` and is evaluated under the fundus protocol (inside the
+FOV, first observer, threshold 0.5, no test-time augmentation). Runs land in ``--output/<dataset>/<arm>``; a
+stopped benchmark continues where it stopped when started again with the same arguments.
+
+Phases:
+
+* ``train``: the comparison on the data sets given; rows are merged into the results file per data set.
+* ``timing``: full-image sliding-window inference time of every network, measured side by side in interleaved
+  rounds in one process on a 584 x 565 image (the DRIVE size) and a 960 x 999 image (the CHASE_DB1 size).
+
+Usage: ``MEDSEG_NB_DATA=/path/to/data python benchmarks/compare_networks.py --phase train --datasets drive
+--iterations 800 --threads 1``
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "compare_networks.json"
+
+
+def _machine(threads: int) -> dict:
+    import torch
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
+            "python": platform.python_version(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _merge(key: str, value, threads: int) -> None:
+    "Merge one phase's results into the results file (locked, so two benchmark processes can share it)."
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        results[key] = value
+        results["machine"] = _machine(threads)
+        tmp = RESULTS.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1, default=str))
+        tmp.replace(RESULTS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", choices=("train", "timing"), default="train")
+    parser.add_argument("--datasets", default="drive,chase_db1,stare")
+    parser.add_argument("--models", default="unet,sman,rsgn,joint")
+    parser.add_argument("--iterations", type=int, default=800)
+    parser.add_argument("--patch-size", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", default="runs/compare_networks")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from medseg_nb.compare import compare_runs, time_inference
+
+    models = [name.strip() for name in args.models.split(",")]
+    base = {"iterations": args.iterations, "patch_size": args.patch_size, "batch_size": args.batch_size,
+            "seed": args.seed, "val_count": 0, "progress": False, "save_images": False, "device": "cpu"}
+    if args.phase == "train":
+        for dataset in args.datasets.split(","):
+            started = time.perf_counter()
+            table = compare_runs(models, [dataset], base, args.output)
+            value = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "settings": base,
+                     "wall_seconds": round(time.perf_counter() - started, 1), "rows": table.to_dict("records")}
+            _merge(f"train_{dataset}", value, args.threads)
+            print(json.dumps(value, indent=1, default=str), flush=True)
+    else:
+        rows = {}
+        for size in ((584, 565), (960, 999)):
+            table = time_inference(models, base, image_size=size, rounds=3, device="cpu")
+            rows[f"{size[0]}x{size[1]}"] = table.to_dict("records")
+            print(table.to_string(), flush=True)
+        _merge("timing", {"command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": rows}, args.threads)
+
+
+if __name__ == "__main__":
+    main()
