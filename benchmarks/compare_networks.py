@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +53,16 @@ def _merge(key: str, value, threads: int) -> None:
         tmp.replace(RESULTS)
 
 
+def _command() -> str:
+    "The command line as run, with the run folder written relative (no paths of the machine in the results)."
+    words = ["python", "benchmarks/compare_networks.py"]
+    arguments = sys.argv[1:]
+    for index, word in enumerate(arguments):
+        previous = arguments[index - 1] if index else ""
+        words.append("runs/compare_networks" if previous == "--output" else word)
+    return " ".join(words)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase", choices=("train", "timing"), default="train")
@@ -77,10 +86,8 @@ def main() -> None:
             "seed": args.seed, "val_count": 0, "progress": False, "save_images": False, "device": "cpu"}
     if args.phase == "train":
         for dataset in args.datasets.split(","):
-            started = time.perf_counter()
             table = compare_runs(models, [dataset], base, args.output)
-            value = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "settings": base,
-                     "wall_seconds": round(time.perf_counter() - started, 1), "rows": table.to_dict("records")}
+            value = {"command": _command(), "settings": base, "rows": table.to_dict("records")}
             _merge(f"train_{dataset}", value, args.threads)
             print(json.dumps(value, indent=1, default=str), flush=True)
     else:
@@ -89,7 +96,7 @@ def main() -> None:
             table = time_inference(models, base, image_size=size, rounds=3, device="cpu")
             rows[f"{size[0]}x{size[1]}"] = table.to_dict("records")
             print(table.to_string(), flush=True)
-        _merge("timing", {"command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": rows}, args.threads)
+        _merge("timing", {"command": _command(), "rows": rows}, args.threads)
 
 
 if __name__ == "__main__":
