@@ -9,7 +9,7 @@ from medseg_nb.ct.io import HUCheckError
 from medseg_nb.core import dataset_folder
 from medseg_nb.dld.data import (
     COVID_LABEL_SPACES, DLD_CLASS_NAMES, DLD_CLASSES, DLD_WINDOW, DLDPatchDataset, PairedFlipRotate, class_index,
-    covid_label_map, covid_texture_patches, gaussian_derivative_kernels, geometry_view, grey_lung_mask,
+    covid_label_map, covid_texture_patches, gaussian_derivative_kernels, geometry_view, covid_lung_region,
     hessian_eigenvalues_3d, hessian_features_2d, min_extent, raster_patches, require_hu, split_by_group,
     synthetic_dld_patches, synthetic_dld_volume, to_unit_intensity, window_standardise, window_statistics, window_unit,
 )
@@ -373,15 +373,13 @@ def test_dataset_rejects_bad_arrays(patches):
         DLDPatchDataset(patches)[100]
 
 
-def test_grey_lung_mask_on_phantom_slices():
+def test_covid_lung_region_on_phantom_slices():
     for record in synthetic_covid_records(n=2, seed=1, size=160):
-        lung = grey_lung_mask(record.image, lesion=record.classes > 0)
+        lung = covid_lung_region(record)
         assert lung[record.classes > 0].all()
         assert 0.1 < lung.mean() < 0.7
         assert not lung[0].any()
         assert not lung[-1].any()
-    with pytest.raises(ValueError, match="8-bit"):
-        grey_lung_mask(np.linspace(-1000, 0, 100).reshape(10, 10))
 
 
 def test_covid_label_map_keeps_normal_away_from_lesions():
