@@ -8,6 +8,7 @@ stopped benchmark continues where it stopped when started again with the same ar
 Phases:
 
 * ``train``: the comparison on the data sets given; rows are merged into the results file per data set.
+* ``report``: one bar chart per data set (PNG under ``nbs/images``) and the markdown tables of the docs page.
 * ``timing``: full-image sliding-window inference time of every network, measured side by side in interleaved
   rounds in one process on a 584 x 565 image (the DRIVE size) and a 960 x 999 image (the CHASE_DB1 size).
 
@@ -63,9 +64,53 @@ def _command() -> str:
     return " ".join(words)
 
 
+def _report() -> None:
+    "Draw one figure per data set from the results file and print the markdown tables."
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    from medseg_nb.compare import comparison_markdown
+
+    results = json.loads(RESULTS.read_text())
+    images = HERE.parent / "nbs" / "images"
+    for key in sorted(name for name in results if name.startswith("train_")):
+        table = pd.DataFrame(results[key]["rows"])
+        dataset = key[len("train_"):]
+        print(f"\n### {dataset}\n")
+        print(comparison_markdown(table))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+        arms = list(table["arm"])
+        x = np.arange(len(arms))
+        for offset, (name, label) in zip((-0.27, 0, 0.27), (("f1", "F1"), ("auc_roc", "AUC-ROC"), ("cldice", "clDice"))):
+            axes[0].bar(x + offset, table[name], 0.26, yerr=table[name + "_sd"], label=label, capsize=2)
+        axes[0].set_xticks(x, arms)
+        axes[0].set_ylim(0.5, 1.0)
+        axes[0].legend(loc="lower right", fontsize=8)
+        axes[0].set_title(f"{dataset}: pixel and skeleton scores (higher is better)", fontsize=9)
+        for offset, (name, label) in zip((-0.27, 0, 0.27), (("component_error", "components"),
+                                                             ("betti0_error", "Betti-0"), ("betti1_error", "Betti-1"))):
+            axes[1].bar(x + offset, table[name], 0.26, yerr=table[name + "_sd"], label=label, capsize=2)
+        axes[1].set_xticks(x, arms)
+        axes[1].legend(fontsize=8)
+        axes[1].set_title(f"{dataset}: topology errors per image (lower is better)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(images / f"compare_networks_{dataset}.png", dpi=110)
+        plt.close(fig)
+    if "timing" in results:
+        for size, rows in results["timing"]["rows"].items():
+            print(f"\n### inference {size}\n")
+            print("| network | parameters | seconds | ratio to U-Net |\n|---|---|---|---|")
+            for row in rows:
+                print(f"| {row['arm']} | {row['parameters']:,} | {row['seconds']:.2f} | {row['ratio']:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=("train", "timing"), default="train")
+    parser.add_argument("--phase", choices=("train", "timing", "report"), default="train")
     parser.add_argument("--datasets", default="drive,chase_db1,stare")
     parser.add_argument("--models", default="unet,sman,rsgn,joint")
     parser.add_argument("--iterations", type=int, default=800)
@@ -84,6 +129,9 @@ def main() -> None:
     models = [name.strip() for name in args.models.split(",")]
     base = {"iterations": args.iterations, "patch_size": args.patch_size, "batch_size": args.batch_size,
             "seed": args.seed, "val_count": 0, "progress": False, "save_images": False, "device": "cpu"}
+    if args.phase == "report":
+        _report()
+        return
     if args.phase == "train":
         for dataset in args.datasets.split(","):
             table = compare_runs(models, [dataset], base, args.output)

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['NETWORK_NAMES']
 
-# %% ../../nbs/15_networks.ipynb #659300d1
+# %% ../../nbs/15_networks.ipynb #940014e7
 from medseg_nb.networks.sman import (
     SMAN, ConvBlock, MultiScaleAggregation, SemanticsAggregation, SemanticsEncoder, architecture_table, build_sman,
     check_images, check_widths, fundus_demo_patch,
@@ -14,5 +14,7 @@ from .rsgn import RSGN, RecursiveTask, build_rsgn
 from medseg_nb.networks.joint import (
     CrossTaskAggregation, JointVesselCenterline, VesselCenterlineTask, build_joint, centerline_targets,
 )
+
+import medseg_nb.contrastive  # noqa: F401  (registers the "contrastive" task for plain U-Nets)
 
 NETWORK_NAMES = ("sman", "rsgn", "joint")
