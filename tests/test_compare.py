@@ -30,7 +30,8 @@ def test_cli_compares_all_networks(tmp_path):
         assert float(row["parameters"]) > 0
         report = json.loads((output / "synthetic" / row["arm"] / "metrics.json").read_text())
         assert report["protocol"]["region"] == "fov"            # the same protocol for every network
-        assert "cldice" in report["summary"] and "betti1_error" in report["summary"]
+        assert "cldice" in report["summary"]
+        assert "betti1_error" in report["summary"]
         config = json.loads((output / "synthetic" / row["arm"] / "config.json").read_text())
         assert (config["iterations"], config["patch_size"], config["seed"]) == (4, 32, 0)
     assert "| synthetic | joint |" in result.stdout
@@ -57,7 +58,8 @@ def test_cli_rejects_arm_that_sets_dataset(tmp_path):
     arms.write_text("odd:\n  model: unet\n  dataset: drive\n")
     result = run_cli("compare", "--arms", str(arms), "--datasets", "synthetic", "--output", str(tmp_path / "c"))
     assert result.returncode == 2
-    assert "odd" in result.stderr and "dataset" in result.stderr
+    assert "odd" in result.stderr
+    assert "dataset" in result.stderr
 
 
 class PowerCut(Callback):
@@ -77,7 +79,8 @@ def test_interrupted_comparison_resumes(tmp_path):
     config = arm_config(base, "unet", {"model": "unet"}, "synthetic", part)
     with pytest.raises(RuntimeError, match="power cut"):
         train(config, callbacks=[PowerCut()])
-    assert (part / "last.pt").is_file() and not (part / "metrics.json").exists()
+    assert (part / "last.pt").is_file()
+    assert not (part / "metrics.json").exists()
     resumed = compare_runs(["unet"], ["synthetic"], base, tmp_path / "part")
     assert resumed["f1"].iloc[0] == pytest.approx(whole["f1"].iloc[0], abs=1e-6)
     assert resumed["auc_roc"].iloc[0] == pytest.approx(whole["auc_roc"].iloc[0], abs=1e-6)
