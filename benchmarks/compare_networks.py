@@ -18,40 +18,14 @@ Usage: ``MEDSEG_NB_DATA=/path/to/data python benchmarks/compare_networks.py --ph
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
+from _common import merge
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "compare_networks.json"
-
-
-def _machine(threads: int) -> dict:
-    import torch
-
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-            "python": platform.python_version(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def _merge(key: str, value, threads: int) -> None:
-    "Merge one phase's results into the results file (locked, so two benchmark processes can share it)."
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        results[key] = value
-        results["machine"] = _machine(threads)
-        tmp = RESULTS.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1, default=str))
-        tmp.replace(RESULTS)
 
 
 def _command() -> str:
@@ -136,7 +110,7 @@ def main() -> None:
         for dataset in args.datasets.split(","):
             table = compare_runs(models, [dataset], base, args.output)
             value = {"command": _command(), "settings": base, "rows": table.to_dict("records")}
-            _merge(f"train_{dataset}", value, args.threads)
+            merge(RESULTS, f"train_{dataset}", value)
             print(json.dumps(value, indent=1, default=str), flush=True)
     else:
         rows = {}
@@ -144,7 +118,7 @@ def main() -> None:
             table = time_inference(models, base, image_size=size, rounds=3, device="cpu")
             rows[f"{size[0]}x{size[1]}"] = table.to_dict("records")
             print(table.to_string(), flush=True)
-        _merge("timing", {"command": _command(), "rows": rows}, args.threads)
+        merge(RESULTS, "timing", {"command": _command(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from _common import merge
 
 import torch
 
@@ -38,29 +38,9 @@ def base_settings(iterations: int, patch_size: int, batch_size: int, seed: int) 
             "save_images": False}
 
 
-def machine() -> dict:
-    "Describe the CPU, the thread count and the library versions."
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import monai
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "monai": monai.__version__, "python": platform.python_version()}
-
-
-def merge(key: str, value) -> None:
+def store(key: str, value) -> None:
     "Store `value` under `key` in the results file, keeping the other keys."
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[key] = value
-    results["machine"] = machine()
-    RESULTS.write_text(json.dumps(results, indent=1))
+    merge(RESULTS, key, value)
 
 
 def phase_speed(dataset: str, steps: int, rounds: int, settings: dict) -> dict:
@@ -114,12 +94,12 @@ def main() -> None:
     for dataset in [name.strip() for name in args.datasets.split(",") if name.strip()]:
         if args.phase == "speed":
             summary = phase_speed(dataset, args.speed_steps, args.rounds, settings)
-            merge(f"speed_{dataset}", summary)
+            store(f"speed_{dataset}", summary)
         else:
             summary = phase_ablation(dataset, settings, args.output, args.local_weight, args.bank_weight)
             summary["command"] = "OMP_NUM_THREADS=1 nice -n 5 python benchmarks/contrastive_ablation.py " + " ".join(
                 f"--{name.replace('_', '-')} {value}" for name, value in vars(args).items() if name != "output")
-            merge(dataset, summary)
+            store(dataset, summary)
         print(json.dumps(summary, indent=1), flush=True)
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
+
+from _common import machine
 
 import numpy as np
 import torch
 
-from medseg_nb.core import env_report
 from medseg_nb.ct.burden import burden_agreement, burden_table, lesion_present_units, lung_mask_8bit, roc_auc
 from medseg_nb.ct.covid import CovidConfig, covid_semiseg_records, evaluate_covid, train_covid
 
@@ -73,8 +73,7 @@ def main() -> None:
         "final_train_loss": run["history"][-1]["train_loss"],
         "command": f"OMP_NUM_THREADS=1 nice -n 5 python benchmarks/covid_semiseg.py --model {args.model} "
                    f"--iterations {args.iterations} --size {args.size} --batch-size {args.batch_size}",
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-                    "env": {k: env_report()[k] for k in ("python", "torch", "monai", "numpy", "cpu_count")}},
+        "machine": machine(),
     }
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["published_infection_dice"] = PUBLISHED

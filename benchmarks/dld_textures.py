@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from _common import merge
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -35,28 +35,8 @@ IMAGE = ROOT / "nbs" / "images" / "dld_dense_map_covid.png"
 NETWORKS = ("dual", "appearance", "msan", "msan_no_attention", "msan_single_scale")
 
 
-def _machine() -> dict:
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average_at_end": os.getloadavg()}
-
-
 def _merge(key: str, value) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[key] = value
-    results["machine"] = _machine()
-    results["command"] = " ".join(["python", "benchmarks/dld_textures.py", *sys.argv[1:]])
-    RESULTS.write_text(json.dumps(results, indent=1))
+    merge(RESULTS, key, value, command=" ".join(["python", "benchmarks/dld_textures.py", *sys.argv[1:]]))
 
 
 def phase_speed(batch: int = 32, steps: int = 3) -> dict:

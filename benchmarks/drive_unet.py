@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,33 +26,14 @@ import sys
 import time
 from pathlib import Path
 
+from _common import merge
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "drive_unet.json"
 
 
-def _machine() -> dict:
-    import os
-
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def _merge(key: str, value) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[key] = value
-    results["machine"] = _machine()
-    RESULTS.write_text(json.dumps(results, indent=1))
+    merge(RESULTS, key, value)
 
 
 def _peak_rss_mb() -> float:
