@@ -38,8 +38,8 @@ def _command() -> str:
     return " ".join(words)
 
 
-def _report() -> None:
-    "Draw one figure per data set from the results file and print the markdown tables."
+def _report(output: str) -> None:
+    "Draw one figure per data set from the results file and print the markdown tables (paired ones from `output`)."
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +47,7 @@ def _report() -> None:
     import numpy as np
     import pandas as pd
 
-    from medseg_nb.compare import comparison_markdown
+    from medseg_nb.compare import comparison_markdown, paired_comparison
 
     results = json.loads(RESULTS.read_text())
     images = HERE.parent / "nbs" / "images"
@@ -56,6 +56,17 @@ def _report() -> None:
         dataset = key[len("train_"):]
         print(f"\n### {dataset}\n")
         print(comparison_markdown(table))
+        if (Path(output) / dataset).is_dir():
+            print("\n| arm | F1 better / n (mean diff) | clDice | component error | Betti-1 error |\n|---|---|---|---|---|")
+            paired = [paired_comparison(output, dataset, metric=name, higher_is_better=higher)
+                      for name, higher in (("f1", True), ("cldice", True), ("component_error", False),
+                                           ("betti1_error", False))]
+            for index, arm in enumerate(paired[0]["arm"]):
+                cells = []
+                for frame, digits in zip(paired, (3, 3, 1, 1)):
+                    row = frame.iloc[index]
+                    cells.append(f"{row['better']}/{row['n']} ({row['mean_difference']:+.{digits}f})")
+                print(f"| {arm} | " + " | ".join(cells) + " |")
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
         arms = list(table["arm"])
         x = np.arange(len(arms))
@@ -104,7 +115,7 @@ def main() -> None:
     base = {"iterations": args.iterations, "patch_size": args.patch_size, "batch_size": args.batch_size,
             "seed": args.seed, "val_count": 0, "progress": False, "save_images": False, "device": "cpu"}
     if args.phase == "report":
-        _report()
+        _report(args.output)
         return
     if args.phase == "train":
         for dataset in args.datasets.split(","):
