@@ -14,10 +14,10 @@ TINY_TRAIN_ARGS = ["--channels", "8,16,32", "--num-res-units", "1", "--patch-siz
                    "--samples-per-image", "4", "--roi-size", "64", "--warmup-steps", "2", "--progress", "false"]
 
 
-def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    "Run `medseg-nb ARGS` in a subprocess and return the completed process (stdout and stderr as text)."
+def run_cli(*args: str, timeout: int = 600, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    "Run `medseg-nb ARGS` in a subprocess from `cwd` and return the completed process (stdout and stderr as text)."
     merged = {**os.environ, **(env or {})}
-    return subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout, env=merged, cwd=ROOT)
+    return subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout, env=merged, cwd=cwd)
 
 
 @pytest.fixture

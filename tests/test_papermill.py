@@ -25,6 +25,23 @@ def test_train_notebook_writes_run_folder(tmp_path):
     assert metrics["protocol"]["region"] == "fov"
 
 
+def test_relative_output_lands_in_one_folder(tmp_path):
+    # the kernel runs in the caller's folder, so a relative --output holds the executed notebook and the run files
+    result = run_cli("notebook", str(TEMPLATE), "--output", "runs/relative", "-p", "iterations", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs" / "relative" / "train_vessels.ipynb").is_file()
+    assert (tmp_path / "runs" / "relative" / "metrics.json").is_file()
+    assert not (TEMPLATE.parent / "runs" / "relative").exists()
+
+
+def test_failing_notebook_reports_one_line(tmp_path):
+    result = run_cli("notebook", str(TEMPLATE), "--output", str(tmp_path / "bad"), "-p", "dataset", "drvie")
+    assert result.returncode == 2
+    assert "drvie" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(tmp_path / "bad" / "train_vessels.ipynb") in result.stderr
+
+
 def test_cli_rejects_undeclared_parameter(tmp_path):
     result = run_cli("notebook", str(TEMPLATE), "--output", str(tmp_path / "x"), "-p", "itreations", "5")
     assert result.returncode == 2
