@@ -121,7 +121,8 @@ def main() -> None:
         for dataset in args.datasets.split(","):
             table = compare_runs(models, [dataset], base, args.output)
             value = {"command": _command(), "settings": base, "rows": table.to_dict("records")}
-            merge(RESULTS, f"train_{dataset}", value)
+            key = f"train_{dataset}" if args.seed == 0 else f"seed{args.seed}_{dataset}"
+            merge(RESULTS, key, value)
             print(json.dumps(value, indent=1, default=str), flush=True)
     else:
         rows = {}
