@@ -36,8 +36,8 @@ def machine() -> dict:
 def merge(results: Path, key: str, value, **extra) -> None:
     """Store `value` under `key` in the JSON file `results`, keeping its other keys, and refresh its `machine`.
 
-    The file is locked while it is read and replaced atomically, so two benchmark processes can share it; `extra`
-    keys (a command line, say) are stored next to `key`.
+    The file is locked while it is read and replaced atomically, so two benchmark processes can share it. The
+    `extra` keys (a command line, say) are stored next to `key`.
     """
     results = Path(results)
     results.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from medseg_nb.core import dataset_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).with_name("medseg-nb")
 
@@ -18,6 +20,15 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None, cwd: Path =
     "Run `medseg-nb ARGS` in a subprocess from `cwd` and return the completed process (stdout and stderr as text)."
     merged = {**os.environ, **(env or {})}
     return subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout, env=merged, cwd=cwd)
+
+
+def require_dataset(folder: str) -> Path:
+    "Return the data set folder `folder` under the data home, or skip the test when it is not there."
+    root = dataset_folder(folder)
+    if root is None:
+        pytest.skip(f"{folder} not found under $MEDSEG_NB_DATA: set it to the folder that contains {folder}/ "
+                    f"(datasets/{folder}.md says how to obtain it)")
+    return root
 
 
 @pytest.fixture

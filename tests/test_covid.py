@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medseg_nb.core import dataset_folder
-from medseg_nb.ct.burden import burden_table, lesion_burden, lesion_present_units, lung_mask_8bit, roc_auc, severity_score
+from conftest import require_dataset
+from medseg_nb.ct.burden import burden_table, lesion_burden, lesion_present_units, roc_auc, severity_score
 from medseg_nb.ct.covid import (
     COVID_LAYOUT, CovidConfig, CovidSliceDataset, covid_semiseg_records, covid_slice_metrics, evaluate_covid,
     summarize_covid_metrics, synthetic_covid_records, train_covid,
@@ -21,10 +21,7 @@ MIN_MEDIAN_LESION_COVERAGE = 0.9  # measured median 0.96 on the 48 test slices
 
 @pytest.fixture(scope="module")
 def covid_root() -> Path:
-    root = dataset_folder("COVID-SemiSeg")
-    if root is None:
-        pytest.skip("COVID-SemiSeg is not under $MEDSEG_NB_DATA")
-    return root
+    return require_dataset("COVID-SemiSeg")
 
 
 def write_split(folder: Path, names=("3",), image_shape=(20, 24), mask_shape=None) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from medseg_nb.core import dataset_folder
+from conftest import require_dataset
 from medseg_nb.ct.io import (
     CTVolume, DicomSeriesError, HUCheckError, LoadCTd, check_same_grid, list_dicom_series, read_ct, read_dicom_series,
     read_label, read_nifti, read_nrrd, write_volume,
@@ -29,10 +29,7 @@ MIN_LUNG_DICE = 0.95
 
 @pytest.fixture(scope="module")
 def cip() -> Path:
-    folder = dataset_folder("CIP-chest-CT")
-    if folder is None:
-        pytest.skip("CIP-chest-CT not found under data_home(): set MEDSEG_NB_DATA to the folder that contains it")
-    return folder
+    return require_dataset("CIP-chest-CT")
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +209,7 @@ def test_nifti_roundtrip_with_oblique_affine(ct_nrrd, tmp_path):
 
 
 def test_covid_jpeg_is_not_hu():
-    covid = dataset_folder("COVID-SemiSeg")
-    if covid is None:
-        pytest.skip("COVID-SemiSeg not found under data_home()")
+    covid = require_dataset("COVID-SemiSeg")
     volume = read_ct(covid / "TrainingSet/LungInfection-Train/Doctor-label/Imgs/0.jpg")
     assert volume.is_hu is False
     assert volume.shape[2] == 1

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_dataset
 from medseg_nb.ct.covid import synthetic_covid_records
 from medseg_nb.ct.io import HUCheckError
-from medseg_nb.core import dataset_folder
 from medseg_nb.dld.data import (
     COVID_LABEL_SPACES, DLD_CLASS_NAMES, DLD_CLASSES, DLD_WINDOW, DLDPatchDataset, PairedFlipRotate, class_index,
     covid_label_map, covid_texture_patches, gaussian_derivative_kernels, geometry_view, covid_lung_region,
@@ -32,10 +32,7 @@ def patches() -> dict:
 
 @pytest.fixture(scope="module")
 def covid_folder():
-    folder = dataset_folder("COVID-SemiSeg")
-    if folder is None:
-        pytest.skip("COVID-SemiSeg not found under data_home(): set MEDSEG_NB_DATA to the folder that contains it")
-    return folder
+    return require_dataset("COVID-SemiSeg")
 
 
 def test_classes_order_and_names():

@@ -261,7 +261,7 @@ def test_dense_map_alignment(stride):
     image[16:32, 8:24] = 1.0
     probabilities = dense_probability_map(CentreProbe(), image, stride=stride, device="cpu")
     assert probabilities.shape == (2, 48, 40)
-    # at the classified centres (multiples of stride) the map holds the probe's answer for that very pixel
+    # at the classified centres (multiples of stride) the map contains the probe's output for that very pixel
     centres = np.ix_(np.arange(0, 48, stride), np.arange(0, 40, stride))
     np.testing.assert_array_equal(probabilities[0][centres] > 0.5, image[centres] > 0.5)
     assert probabilities[0][:8].max() < 0.51

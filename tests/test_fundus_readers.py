@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medseg_nb.core import DATA_ENV_VAR, dataset_folder
+from conftest import require_dataset
+from medseg_nb.core import DATA_ENV_VAR
 from medseg_nb.data.fundus import (
     FUNDUS_DATASETS,
     STARE_TEST_IDS,
@@ -32,10 +33,7 @@ from medseg_nb.data.fundus import (
 
 def real_root(folder: str) -> Path:
     "Return the real data folder, or skip the test when it is absent."
-    root = dataset_folder(folder)
-    if root is None:
-        pytest.skip(f"{folder} not found under ${DATA_ENV_VAR}; see datasets/{folder}.md")
-    return root
+    return require_dataset(folder)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -26,7 +26,7 @@ def test_train_notebook_writes_run_folder(tmp_path):
 
 
 def test_relative_output_lands_in_one_folder(tmp_path):
-    # the kernel runs in the caller's folder, so a relative --output holds the executed notebook and the run files
+    # the kernel runs in the caller's folder, so a relative --output contains the executed notebook and the run files
     result = run_cli("notebook", str(TEMPLATE), "--output", "runs/relative", "-p", "iterations", "4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "runs" / "relative" / "train_vessels.ipynb").is_file()

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from medseg_nb.core import dataset_folder
+from conftest import require_dataset
 from medseg_nb.data.fundus import compute_fov, fundus_records, load_fundus
 from medseg_nb.data.synthetic import synthetic_fundus, synthetic_fundus_records
 
@@ -60,9 +60,7 @@ def test_vessels_only_darken_inside_fov():
 
 
 def test_mean_colour_near_drive():
-    root = dataset_folder("DRIVE")
-    if root is None:
-        pytest.skip("DRIVE folder not found in the data folder (set MEDSEG_NB_DATA)")
+    root = require_dataset("DRIVE")
     drive_means = []
     for number in range(1, 21):
         image = np.asarray(Image.open(root / f"test/images/{number:02d}_test.tif").convert("RGB"))

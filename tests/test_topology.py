@@ -14,7 +14,7 @@ from skimage.draw import circle_perimeter, line
 from skimage.measure import euler_number
 from skimage.morphology import disk, skeletonize
 
-from medseg_nb.core import DATA_ENV_VAR, dataset_folder
+from conftest import require_dataset
 from medseg_nb.data.fundus import read_binary_mask
 from medseg_nb.topology import (
     DiceClDiceLoss,
@@ -70,10 +70,7 @@ def random_masks(count: int = 6, size: int = 48):
 
 def real_root(folder: str):
     "Return the real data folder, or skip the test when it is absent."
-    root = dataset_folder(folder)
-    if root is None:
-        pytest.skip(f"{folder} not found under ${DATA_ENV_VAR}; see datasets/{folder}.md")
-    return root
+    return require_dataset(folder)
 
 
 # Discriminating cases: a broken vessel against an intact one.
